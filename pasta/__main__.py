@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""``python -m pasta``: run as pasta (or as passt, given ``--passt``)."""
+"""``python -m pasta``: run as pasta.  The ``passt`` command (or any name
+not ending in "pasta") runs the same program in passt mode."""
 
 import sys
 

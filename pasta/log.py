@@ -134,6 +134,27 @@ def passt_exit(status):
     raise PasstExit(status)
 
 
+# Signal handlers must not raise: Python may run them inside code that
+# swallows exceptions (a fork callback, a finaliser).  They only record
+# the status here; the main loop, woken up by the signal, then exits
+# through passt_exit_check().
+exit_pending = None
+
+
+def passt_exit_request(status):
+    """Ask for the process to end with ``status`` at the next check; the
+    first request wins."""
+    global exit_pending
+    if exit_pending is None:
+        exit_pending = status
+
+
+def passt_exit_check():
+    """End the process now if that was requested."""
+    if exit_pending is not None:
+        passt_exit(exit_pending)
+
+
 def die(fmt, *args):
     """Log an error and exit with status 1."""
     err(fmt, *args)
@@ -213,9 +234,10 @@ def logfile_init(name, path, size):
                  0o600)
     _log_file = fd
     _log_size = size or LOGFILE_SIZE_DEFAULT
-    header = "%s: %s (%d)\n" % (name, sys.argv[0], os.getpid())
+    from pasta import VERSION
+    header = "%s %s: %s (%d)\n" % (name, VERSION, sys.argv[0], os.getpid())
     _log_written = os.fstat(fd).st_size
-    _write_all(fd, header.encode())
+    _write_all(fd, header.encode(errors="replace"))
 
 
 def _write_all(fd, data):

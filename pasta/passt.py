@@ -24,12 +24,15 @@ import errno
 import ipaddress
 import os
 import resource
+import select
 import signal
 import sys
 import time
+import traceback
 
 from pasta import log
-from pasta.epoll_ctl import EpollType, EPOLL_TYPE_STR
+from pasta.epoll_ctl import (EPOLL_TYPE_STR, EPOLLIN, EpollRef, EpollType,
+                             epoll_add)
 
 MODE_PASST = 0
 MODE_PASTA = 1
@@ -190,6 +193,7 @@ class Ctx:
         self.tap_listen_sock = None    # passt: listening socket object
         self.no_tap_offload = False    # --no-tap-offload
         self.pasta_child_pid = 0
+        self.fd_signal = None          # (read, write) ends of signal pipe
 
 
 passt_ctx = None
@@ -258,14 +262,59 @@ def passt_worker(c, handlers, events):
                       EPOLL_TYPE_STR.get(ref.type, "?"), fd, mask)
         handler = handlers.get(ref.type)
         if handler is not None:
-            handler(c, ref, mask, now)
+            try:
+                handler(c, ref, mask, now)
+            except (log.PasstExit, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                # A bug of ours, triggered by one descriptor: say so and
+                # keep serving the others
+                _handler_failed(ref, e)
+        elif ref.type == EpollType.NONE:
+            signal_pipe_drain(fd)
 
-    post_handler(c, now)
+    log.passt_exit_check()
+    try:
+        post_handler(c, now)
+    except (log.PasstExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        _handler_failed(EpollRef(EpollType.NONE, -1), e)
+
+
+def _handler_failed(ref, e):
+    """Report an exception out of an event handler, rate-limited, with
+    the traceback at debug level."""
+    kind = EPOLL_TYPE_STR.get(ref.type, "?")
+    if log.ratelimit("handler failed: " + kind):
+        log.err("error handling event on %s %d: %s: %s", kind, ref.fd,
+                type(e).__name__, e)
+        if log.log_debug:
+            log.debug("%s", "".join(traceback.format_exception(e)))
 
 
 def exit_handler(signum, frame):
-    """SIGTERM, SIGQUIT, SIGINT: leave through the normal exit path."""
-    log.passt_exit(0)
+    """SIGTERM, SIGQUIT, SIGINT: leave through the normal exit path, from
+    the main loop (see ``log.passt_exit_request()``)."""
+    log.passt_exit_request(0)
+
+
+def signal_pipe_init(c):
+    """Make signals wake the main loop up: Python's C-level handler writes
+    a byte to this pipe, which is in the epoll set, so that the loop sees
+    the request of a signal handler without waiting for its timeout."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    c.fd_signal = (r, w)
+    epoll_add(c, EPOLLIN, EpollRef(EpollType.NONE, r))
+
+
+def signal_pipe_drain(fd):
+    try:
+        while os.read(fd, 256):
+            pass
+    except OSError:
+        pass
 
 
 def conf_mode(argv0):
@@ -299,20 +348,18 @@ def _populate_std_fds():
                 os.close(null)
 
 
-def __daemon(c):
+def __daemon(c, devnull_fd):
     """Go to the background: the parent writes the PID file and exits 0,
-    the child detaches from the terminal and session."""
+    the child detaches from the terminal and session.  ``devnull_fd`` is
+    /dev/null, opened before the sandbox hid the file system."""
     pid = os.fork()
     if pid:
         pidfile_write(c, pid)
         os._exit(0)
 
     os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
     for fd in range(3):
-        os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
+        os.dup2(devnull_fd, fd)
 
 
 def pidfile_write(c, pid):
@@ -334,8 +381,6 @@ def _reset_signals():
 
 def main(argv=None):
     """Entry point of ``pasta`` and ``passt``; returns the exit status."""
-    global passt_ctx
-
     if argv is None:
         argv = sys.argv
     try:
@@ -364,14 +409,15 @@ def _main(argv):
     if c.mode == MODE_PASTA:
         signal.signal(signal.SIGCHLD, pasta.pasta_child_handler)
 
-    import select
     c.epoll = select.epoll()
+    signal_pipe_init(c)
     _raise_nofile(c)
 
     isolation.isolate_initial(c)
 
     conf.conf(c, argv)
     log.trace_init(c.trace)
+    log.passt_exit_check()
 
     pasta.pasta_netns_quit_init(c)
     tap.tap_backend_init(c)
@@ -385,6 +431,7 @@ def _main(argv):
     if not c.no_tcp:
         tcp.tcp_init(c)
     fwd.fwd_listen_init(c)
+    log.passt_exit_check()
 
     if c.ifi4 and not c.no_dhcp:
         dhcp.dhcp_init(c)
@@ -392,14 +439,20 @@ def _main(argv):
         dhcpv6.dhcpv6_init(c)
 
     pcap.pcap_init(c)
+    fwd.fwd_neigh_table_init(c)
 
-    isolation.isolate_prefork(c)
+    devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    if isolation.isolate_prefork(c):
+        log.die("Failed to sandbox process, exiting")
 
+    # Nothing may fork between here and __daemon(): in the background, the
+    # process forked there becomes the first of a new PID namespace.
     if not c.foreground:
-        __daemon(c)
+        __daemon(c, devnull_fd)
         log.log_to_background()
     else:
         pidfile_write(c, os.getpid())
+    os.close(devnull_fd)
 
     if c.pidfile_fd >= 0:
         os.close(c.pidfile_fd)
@@ -410,6 +463,7 @@ def _main(argv):
         log.log_to_background()
 
     isolation.isolate_postfork(c)
+    log.passt_exit_check()
 
     handlers = _handlers()
     while True:

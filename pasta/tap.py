@@ -49,20 +49,13 @@ from pasta.epoll_ctl import (EpollRef, EpollType, epoll_add, EPOLLET,
                              EPOLLIN, EPOLLRDHUP, EPOLLHUP, EPOLLERR)
 from pasta.pif import PIF_TAP
 
-ETH_ALEN = 6
-ETH_HLEN = 14
+from pasta.ip import (ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IP4_HDR,
+                      IP6_HDR, IP_DF, IPPROTO_ICMP, IPPROTO_ICMPV6,
+                      IPPROTO_TCP, IPPROTO_UDP, eth_hdr, ip4_hdr, ip6_hdr,
+                      ipv6_l4hdr, udp_hdr)
+from pasta.checksum import csum_icmp4, csum_icmp6, csum_udp4, csum_udp6
+
 ETH_ZLEN = 60
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86dd
-
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ICMPV6 = 58
-IPPROTO_NONE = 59
-
-IP_DF = 0x4000
 L2_MAX_LEN_PASTA = 0xffff
 L2_MAX_LEN_PASST = 0xffff
 # With segmentation offload a frame from the kernel carries up to 64 KiB of
@@ -90,15 +83,7 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 
-_ETH = struct.Struct("!6s6sH")
-_IP4 = struct.Struct("!BBHHHBBH4s4s")
-_IP6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
-_UDP = struct.Struct("!HHHH")
-_IP6_OPT = struct.Struct("!BB")
-
-# Extension headers that may stand between the IPv6 header and L4.
-_IPV6_NH_OPT = frozenset((0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254))
 
 pkt_buf = bytearray(PKT_BUF_BYTES)
 _pkt_view = memoryview(pkt_buf)
@@ -131,81 +116,54 @@ def tap_l2_max_len(c):
 
 def tap_push_l2h(c, src_mac, proto):
     """Ethernet header towards the guest."""
-    return _ETH.pack(c.guest_mac, src_mac, proto)
-
-
-def tap_push_ip4h(src, dst, l4len, proto):
-    """IPv4 header with checksum, as we build them: no options, DF, TTL
-    255.  ``src`` and ``dst`` are packed 4-byte addresses."""
-    from pasta.checksum import csum_ip4_header
-    l3len = l4len + 20
-    check = csum_ip4_header(l3len, proto, src, dst)
-    return _IP4.pack(0x45, 0, l3len, 0, IP_DF, 255, proto, check, src, dst)
-
-
-def tap_push_ip6h(src, dst, l4len, proto, flow=0):
-    """IPv6 header, hop limit 255; ``flow`` is the 20-bit flow label."""
-    return _IP6.pack(0x60000000 | (flow & 0xfffff), l4len, proto, 255,
-                     src, dst)
-
-
-def _l4_csum(psum, hdr, payload):
-    from pasta.checksum import csum
-    return csum(bytes(hdr) + bytes(payload), psum)
+    return eth_hdr(c.guest_mac, src_mac, proto)
 
 
 def tap_udp4_send(c, src, sport, dst, dport, payload):
-    """Send a UDP datagram over IPv4 to the guest."""
-    from pasta.checksum import proto_ipv4_header_psum
-    l4len = len(payload) + 8
-    psum = proto_ipv4_header_psum(l4len, IPPROTO_UDP, src, dst)
-    check = _l4_csum(psum, _UDP.pack(sport, dport, l4len, 0), payload)
-    uh = _UDP.pack(sport, dport, l4len, check or 0xffff)
-    frame = (tap_push_l2h(c, c.our_tap_mac, ETH_P_IP) +
-             tap_push_ip4h(src, dst, l4len, IPPROTO_UDP) + uh +
-             bytes(payload))
-    tap_send_single(c, frame)
+    """Send a UDP datagram over IPv4 to the guest (``src``, ``dst``:
+    packed addresses).  As in the C implementation, without checksum
+    (see ``checksum.csum_udp4()``)."""
+    payload = bytes(payload)
+    uh = udp_hdr(sport, dport, len(payload))
+    check = csum_udp4(uh, src, dst, payload)
+    tap_send_single(c, tap_push_l2h(c, c.our_tap_mac, ETH_P_IP) +
+                    ip4_hdr(len(uh) + len(payload), IPPROTO_UDP, src,
+                            dst) +
+                    udp_hdr(sport, dport, len(payload), check) + payload)
 
 
 def tap_udp6_send(c, src, sport, dst, dport, flow, payload):
-    """Send a UDP datagram over IPv6 to the guest."""
-    from pasta.checksum import proto_ipv6_header_psum
-    l4len = len(payload) + 8
-    psum = proto_ipv6_header_psum(l4len, IPPROTO_UDP, src, dst)
-    check = _l4_csum(psum, _UDP.pack(sport, dport, l4len, 0), payload)
-    uh = _UDP.pack(sport, dport, l4len, check or 0xffff)
-    frame = (tap_push_l2h(c, c.our_tap_mac, ETH_P_IPV6) +
-             tap_push_ip6h(src, dst, l4len, IPPROTO_UDP, flow) + uh +
-             bytes(payload))
-    tap_send_single(c, frame)
+    """Send a UDP datagram over IPv6 to the guest, with flow label
+    ``flow``."""
+    payload = bytes(payload)
+    uh = udp_hdr(sport, dport, len(payload))
+    check = csum_udp6(uh, src, dst, payload)
+    tap_send_single(c, tap_push_l2h(c, c.our_tap_mac, ETH_P_IPV6) +
+                    ip6_hdr(len(uh) + len(payload), IPPROTO_UDP, src, dst,
+                            flow) +
+                    udp_hdr(sport, dport, len(payload), check) + payload)
 
 
 def tap_icmp4_send(c, src, dst, msg, src_mac=None):
     """Send an ICMP message (header and data; its checksum is filled in
     here) over IPv4 to the guest."""
-    from pasta.checksum import csum
-    msg = bytearray(msg)
     if len(msg) < 4:
         return
-    msg[2:4] = b"\0\0"
-    msg[2:4] = csum(bytes(msg), 0).to_bytes(2, "big")
-    frame = (tap_push_l2h(c, src_mac or c.our_tap_mac, ETH_P_IP) +
-             tap_push_ip4h(src, dst, len(msg), IPPROTO_ICMP) + msg)
-    tap_send_single(c, frame)
+    msg = bytearray(msg)
+    msg[2:4] = csum_icmp4(msg).to_bytes(2, "big")
+    tap_send_single(c, tap_push_l2h(c, src_mac or c.our_tap_mac, ETH_P_IP) +
+                    ip4_hdr(len(msg), IPPROTO_ICMP, src, dst) + msg)
 
 
 def tap_icmp6_send(c, src, dst, msg, src_mac=None):
     """Send an ICMPv6 message (checksum filled in here) to the guest."""
-    from pasta.checksum import csum, proto_ipv6_header_psum
-    msg = bytearray(msg)
     if len(msg) < 4:
         return
-    msg[2:4] = b"\0\0"
-    psum = proto_ipv6_header_psum(len(msg), IPPROTO_ICMPV6, src, dst)
-    msg[2:4] = csum(bytes(msg), psum).to_bytes(2, "big")
-    frame = (tap_push_l2h(c, src_mac or c.our_tap_mac, ETH_P_IPV6) +
-             tap_push_ip6h(src, dst, len(msg), IPPROTO_ICMPV6) + msg)
-    tap_send_single(c, frame)
+    msg = bytearray(msg)
+    msg[2:4] = csum_icmp6(msg, src, dst).to_bytes(2, "big")
+    tap_send_single(c, tap_push_l2h(c, src_mac or c.our_tap_mac,
+                                    ETH_P_IPV6) +
+                    ip6_hdr(len(msg), IPPROTO_ICMPV6, src, dst) + msg)
 
 
 def tap_send_single(c, frame):
@@ -312,7 +270,7 @@ def proto_update_l2_buf(c, mac):
 
 def tap4_handler(c, frames, now):
     """Handle the ARP and IPv4 frames of one batch."""
-    from pasta import arp, dhcp, icmp, tcp, udp
+    from pasta import arp, dhcp, icmp
 
     if not c.ifi4:
         return
@@ -332,7 +290,7 @@ def tap4_handler(c, frames, now):
             _drop("short IPv4")
             continue
         (vihl, _tos, tot_len, _id, frag, ttl, l4proto, _check, saddr,
-         daddr) = _IP4.unpack_from(frame, ETH_HLEN)
+         daddr) = IP4_HDR.unpack_from(frame, ETH_HLEN)
         hlen = (vihl & 0x0f) * 4
         l3len = flen - ETH_HLEN
         if vihl >> 4 != 4 or hlen < 20 or tot_len > l3len or \
@@ -398,39 +356,12 @@ def tap4_handler(c, frames, now):
         else:
             group.append(l4)
 
-    for (l4proto, saddr, daddr, _ports, ttl), segs in groups.items():
-        try:
-            if l4proto == IPPROTO_TCP:
-                if not c.no_tcp:
-                    tcp.tcp_tap_handler(c, PIF_TAP, socket.AF_INET, saddr,
-                                        daddr, segs, now)
-            elif not c.no_udp:
-                udp.udp_tap_handler(c, PIF_TAP, socket.AF_INET, saddr,
-                                    daddr, ttl, segs, now)
-        except Exception as e:
-            _handler_bug("tcp" if l4proto == IPPROTO_TCP else "udp", e)
-
-
-def ipv6_l4hdr(frame, off, end):
-    """Skip IPv6 extension headers: ``(proto, offset)`` of the L4 header
-    that follows the IPv6 header at ``off``, or None if the chain is
-    malformed, runs past ``end`` or ends in "no next header"."""
-    nh = frame[off + 6]
-    off += 40
-    while nh in _IPV6_NH_OPT:
-        if off + 2 > end:
-            return None
-        nh_next, hdrlen = _IP6_OPT.unpack_from(frame, off)
-        off += (hdrlen + 1) * 8
-        nh = nh_next
-    if nh == IPPROTO_NONE or off > end:
-        return None
-    return nh, off
+    _tap_l4_dispatch(c, socket.AF_INET, groups, now)
 
 
 def tap6_handler(c, frames, now):
     """Handle the IPv6 frames of one batch."""
-    from pasta import dhcpv6, icmp, ndp, tcp, udp
+    from pasta import dhcpv6, icmp, ndp
 
     if not c.ifi6:
         return
@@ -441,7 +372,7 @@ def tap6_handler(c, frames, now):
         if flen < ETH_HLEN + 40:
             _drop("short IPv6")
             continue
-        vtcfl, plen, _nh, hlim, saddr, daddr = _IP6.unpack_from(frame,
+        vtcfl, plen, _nh, hlim, saddr, daddr = IP6_HDR.unpack_from(frame,
                                                                 ETH_HLEN)
         if vtcfl >> 28 != 6 or plen != flen - ETH_HLEN - 40:
             # Short frames may be padded to the Ethernet minimum.
@@ -450,11 +381,12 @@ def tap6_handler(c, frames, now):
                 _drop("bad IPv6 length")
                 continue
         end = ETH_HLEN + 40 + plen
-        found = ipv6_l4hdr(frame, ETH_HLEN, end)
+        found = ipv6_l4hdr(frame[ETH_HLEN:end])
         if found is None:
             _drop("bad IPv6 extension headers")
             continue
         l4proto, l4off = found
+        l4off += ETH_HLEN
 
         if saddr == _IN6_LOOPBACK or daddr == _IN6_LOOPBACK:
             _drop("loopback address")
@@ -508,29 +440,39 @@ def tap6_handler(c, frames, now):
             _drop("unsupported IPv6 protocol")
             continue
 
-        flow = vtcfl & 0xfffff
-        key = (l4proto, saddr, daddr, bytes(l4[0:4]), flow, hlim)
+        key = (l4proto, saddr, daddr, bytes(l4[0:4]), hlim,
+               vtcfl & 0xfffff)
         group = groups.get(key)
         if group is None:
             groups[key] = [l4]
         else:
             group.append(l4)
 
-    for (l4proto, saddr, daddr, _p, flow, hlim), segs in groups.items():
-        try:
-            if l4proto == IPPROTO_TCP:
-                if not c.no_tcp:
-                    tcp.tcp_tap_handler(c, PIF_TAP, socket.AF_INET6, saddr,
-                                        daddr, segs, now)
-            elif not c.no_udp:
-                udp.udp_tap_handler(c, PIF_TAP, socket.AF_INET6, saddr,
-                                    daddr, hlim, segs, now)
-        except Exception as e:
-            _handler_bug("tcp" if l4proto == IPPROTO_TCP else "udp", e)
+    _tap_l4_dispatch(c, socket.AF_INET6, groups, now)
 
 
 _IN6_ANY = bytes(16)
 _IN6_LOOPBACK = bytes(15) + b"\x01"
+
+
+def _tap_l4_dispatch(c, af, groups, now):
+    """Hand each group of TCP segments or UDP datagrams (same protocol,
+    addresses, ports, TTL or hop limit and, for IPv6, flow label) to its
+    protocol handler, in one call per group."""
+    from pasta import tcp, udp
+
+    for key, segs in groups.items():
+        l4proto, saddr, daddr, _ports, ttl = key[:5]
+        try:
+            if l4proto == IPPROTO_TCP:
+                if not c.no_tcp:
+                    tcp.tcp_tap_handler(c, PIF_TAP, af, saddr, daddr, segs,
+                                        now)
+            elif not c.no_udp:
+                udp.udp_tap_handler(c, PIF_TAP, af, saddr, daddr, ttl,
+                                    segs, now)
+        except Exception as e:
+            _handler_bug("tcp" if l4proto == IPPROTO_TCP else "udp", e)
 
 
 def _handler_bug(what, e):
@@ -756,75 +698,97 @@ def tap_start_connection(c):
 
 def tap_listen_handler(c, events):
     """A guest connects to the qemu socket.  Only one guest at a time:
-    further connections are accepted and closed at once."""
+    further connections are accepted and closed at once.  The listening
+    socket is edge-triggered, so everything pending is accepted here."""
     if events != EPOLLIN:
         log.die("Error on listening Unix socket, exiting")
 
-    try:
-        conn, _ = c.tap_listen_sock.accept()
-    except OSError as e:
-        log.warn_perror(e, "Error accepting tap client")
-        return
-
     cred = struct.Struct("iII")
-    try:
-        pid = cred.unpack(conn.getsockopt(socket.SOL_SOCKET,
-                                          socket.SO_PEERCRED,
-                                          cred.size))[0]
-    except OSError:
-        pid = 0
+    while True:
+        try:
+            conn, _ = c.tap_listen_sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.warn_perror(e, "Error accepting tap client")
+            return
 
-    if c.fd_tap >= 0:
-        log.info("discarding connection from PID %d", pid)
-        conn.close()
-        return
+        try:
+            pid = cred.unpack(conn.getsockopt(socket.SOL_SOCKET,
+                                              socket.SO_PEERCRED,
+                                              cred.size))[0]
+        except OSError:
+            pid = 0
 
-    log.info("accepted connection from PID %d", pid)
-    conn.setblocking(False)
-    for opt, low in ((socket.SO_RCVBUF, c.low_rmem),
-                     (socket.SO_SNDBUF, c.low_wmem)):
-        if not low:
-            try:
-                conn.setsockopt(socket.SOL_SOCKET, opt, 1 << 30)
-            except OSError:
-                pass
-    c.tap_sock = conn
-    c.fd_tap = conn.fileno()
-    tap_start_connection(c)
+        if c.fd_tap >= 0:
+            log.info("discarding connection from PID %d", pid)
+            conn.close()
+            continue
+
+        log.info("accepted connection from PID %d", pid)
+        conn.setblocking(False)
+        for opt, low in ((socket.SO_RCVBUF, c.low_rmem),
+                         (socket.SO_SNDBUF, c.low_wmem)):
+            if not low:
+                try:
+                    conn.setsockopt(socket.SOL_SOCKET, opt, 1 << 30)
+                except OSError:
+                    pass
+        c.tap_sock = conn
+        c.fd_tap = conn.fileno()
+        tap_start_connection(c)
 
 
-def tap_ns_tun(c, vnet_hdr):
-    """In the namespace: create the tap device named ``c.pasta_ifn`` and
-    return its descriptor and interface index (runs in an ``ns_call()``
-    child)."""
+def tap_ns_tun(ifname, vnet_hdr):
+    """In the namespace (an ``ns_call()`` child): create the tap device
+    ``ifname``, with a virtio-net header and offloads if ``vnet_hdr``, and
+    hand back its descriptor and interface index."""
     from pasta import util
+
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
-    ifr = struct.pack("16sH22x", c.pasta_ifn.encode(), flags)
-    fcntl.ioctl(fd, TUNSETIFF, ifr)
-    if vnet_hdr:
-        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR.size))
-        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-    ifi = socket.if_nametoindex(c.pasta_ifn)
+    try:
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        ifr = struct.pack("16sH22x", os.fsencode(ifname)[:15], flags)
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        if vnet_hdr:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR.size))
+            fcntl.ioctl(fd, TUNSETOFFLOAD,
+                        TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        ifi = socket.if_nametoindex(ifname)
+    except BaseException:
+        os.close(fd)
+        raise
     return util.NsFds(ifi, [fd])
+
+
+def tap_ns_tun_open(c, vnet_hdr):
+    """Create the tap device ``c.pasta_ifn`` in the namespace; sets
+    ``c.fd_tap``, ``c.pasta_ifi`` and ``c.tap_vnet_len``.  Dies on
+    failure."""
+    from pasta import util
+
+    try:
+        ifi, fds = util.ns_call(c.pasta_netns_fd, tap_ns_tun, c.pasta_ifn,
+                                vnet_hdr, userns_fd=c.pasta_userns_fd)
+    except OSError as e:
+        log.die_perror(e, "Failed to set up tap device in namespace")
+    if not ifi:
+        log.die("Tap device opened but no network interface found")
+    c.fd_tap = fds[0]
+    c.pasta_ifi = ifi
+    c.tap_vnet_len = VNET_HDR.size if vnet_hdr else 0
 
 
 def tap_sock_tun_init(c):
     """Create the tap device in the namespace, configure the namespace,
     and start reading from the device."""
-    from pasta import pasta, util
+    from pasta import pasta
 
     if not c.splice_only:
-        vnet = not getattr(c, "no_tap_offload", False)
-        try:
-            ifi, fds = util.ns_call(c.pasta_netns_fd, tap_ns_tun, c, vnet)
-        except OSError as e:
-            log.die_perror(e, "Failed to set up tap device in namespace")
-        c.fd_tap = fds[0]
-        c.pasta_ifi = ifi
-        c.tap_vnet_len = VNET_HDR.size if vnet else 0
+        tap_ns_tun_open(c, not c.no_tap_offload)
 
     pasta.pasta_ns_conf(c)
+    proto_update_l2_buf(c, c.guest_mac)
 
     if not c.splice_only:
         tap_start_connection(c)
