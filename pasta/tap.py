@@ -261,11 +261,9 @@ def _learn_mac(c, src):
 def proto_update_l2_buf(c, mac):
     """Tell the protocols that keep prebuilt headers the guest's MAC."""
     from pasta import tcp, udp
-    for mod in (tcp, udp):
-        update = getattr(mod, mod.__name__.rsplit(".", 1)[1] +
-                         "_update_l2_buf", None)
-        if update is not None:
-            update(mac)
+
+    tcp.tcp_update_l2_buf(mac)
+    udp.udp_update_l2_buf(mac)
 
 
 def tap4_handler(c, frames, now):

@@ -259,9 +259,17 @@ class NsSockHelper:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.set_wakeup_fd(-1)
                 if userns_fd is not None:
                     setns(userns_fd, CLONE_NEWUSER)
                 setns(netns_fd, CLONE_NEWNET)
+                # Keep nothing of ours but this end: a copy of one of
+                # pasta's sockets held here would stay open after pasta
+                # closed it, and its peer would never see a FIN or RST
+                fd = child.fileno()
+                os.closerange(3, fd)
+                os.closerange(fd + 1, max(os.sysconf("SC_OPEN_MAX"),
+                                          fd + 1))
                 self._serve(child)
             finally:
                 os._exit(0)
