@@ -77,6 +77,8 @@ from pasta.flow import (MAC_UNDEF, flow_at_sidx, flow_dbg,
                         flow_sidx_valid, flow_trace, flow_warn_ratelimit,
                         flowside_at_sidx, pif_at_sidx)
 from pasta.inany import inany_from_v4, inany_ntop, inany_v4
+from pasta.ip import (ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_DF, IPPROTO_UDP,
+                      UDP_HDR)
 from pasta.pif import PIF_HOST, PIF_NONE, PIF_TAP, pif_is_socket, pif_name
 
 UDP_MAX_FRAMES = 32          # datagrams handled per event and socket
@@ -112,16 +114,11 @@ ICMP_DEST_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
 ICMP6_PACKET_TOO_BIG = 2
 
-ETH_HLEN = 14
 ETH_ZLEN = 60
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86dd
-IPPROTO_UDP = 17
-IP_DF = 0x4000
 
 # struct sock_extended_err, followed by the offender's sockaddr
 _EE = struct.Struct("=IBBBBII")
-_UDPH = struct.Struct("!HHHH")
+_UDPH = UDP_HDR
 _IN_PKTINFO = struct.Struct("=i4s4s")
 _IN6_PKTINFO = struct.Struct("=16si")
 _SA_FAMILY = struct.Struct("=H")
