@@ -50,7 +50,7 @@ import socket
 import string
 import sys
 
-from pasta import VERSION, log
+from pasta import VERSION, log, util
 from pasta.passt import MAC_OUR_LAA, MODE_PASTA
 from pasta.pif import PIF_HOST, PIF_NUM_TYPES, PIF_SPLICE, pif_name
 
@@ -800,17 +800,6 @@ def conf_runas(opt):
     return uid, gid
 
 
-def _ns_is_init():
-    """Are we in the initial user namespace (identity uid_map)?"""
-    # Upstream has this in util.c; it lives here until util.py has it
-    try:
-        with open("/proc/self/uid_map", "rb") as f:
-            data = f.read()
-    except OSError as e:
-        log.die_perror(e, "Can't determine if we're in init namespace")
-    return data == b"         0          0 4294967295\n"
-
-
 def conf_ugid(runas):
     """The user and group to run as: --runas if given, else the current
     ones.
@@ -1434,7 +1423,7 @@ def conf(c, argv):
     # to create or enter network namespaces, and keeps the right to bind
     # low ports on the host that way; a command it spawns then runs as
     # that same root, as with unshare(1).
-    use_userns = not st.netns_only and not (uid == 0 and _ns_is_init())
+    use_userns = not st.netns_only and not (uid == 0 and util.ns_is_init())
     isolation.isolate_user(c, uid, gid, use_userns, st.userns)
 
     if c.no_icmp:

@@ -12,7 +12,6 @@ API summary:
                                 IPC and UTS namespaces, an empty read-only
                                 root, fewer capabilities
     isolate_postfork(c)         after that: no core dumps, seccomp filter
-    ns_is_init() -> bool        are we in the initial user namespace?
     mount(), umount2(), pivot_root()   thin libc wrappers raising OSError
 
 Theory of operation
@@ -163,17 +162,6 @@ def pivot_root(new_root, put_old):
                          ctypes.c_char_p(os.fsencode(new_root)),
                          ctypes.c_char_p(os.fsencode(put_old))),
            "pivot_root")
-
-
-def ns_is_init():
-    """True if we run in the initial user namespace (the identity UID
-    map), as upstream's check."""
-    try:
-        with open("/proc/self/uid_map") as f:
-            fields = f.read().split()
-    except OSError as e:
-        log.die_perror(e, "Can't determine if we're in init namespace")
-    return fields == ["0", "0", "4294967295"]
 
 
 # Capabilities

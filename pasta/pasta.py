@@ -483,7 +483,8 @@ def _pasta_ns_conf_ip6(c, s, ifi):
     except OSError as e:
         log.warn("Can't set nodad for LL in namespace: %s", e.strerror)
 
-    # Duplicate address detection was dodged: neighbour solicitations on
+    # Duplicate address detection was dodged: let neighbour solicitations
+    # through again
     try:
         nl.nl_link_set_flags(s, ifi, 0, nl.IFF_NOARP)
     except OSError as e:

@@ -372,13 +372,13 @@ def tap6_handler(c, frames, now):
             continue
         vtcfl, plen, _nh, hlim, saddr, daddr = IP6_HDR.unpack_from(frame,
                                                                 ETH_HLEN)
-        if vtcfl >> 28 != 6 or plen != flen - ETH_HLEN - 40:
-            # Short frames may be padded to the Ethernet minimum.
-            if vtcfl >> 28 != 6 or plen > flen - ETH_HLEN - 40 or \
-               ETH_HLEN + 40 + plen >= ETH_ZLEN:
-                _drop("bad IPv6 length")
-                continue
         end = ETH_HLEN + 40 + plen
+        # The payload length must match the frame, unless the frame was
+        # padded to the Ethernet minimum
+        if vtcfl >> 28 != 6 or end > flen or \
+           (end < flen and end >= ETH_ZLEN):
+            _drop("bad IPv6 length")
+            continue
         found = ipv6_l4hdr(frame[ETH_HLEN:end])
         if found is None:
             _drop("bad IPv6 extension headers")

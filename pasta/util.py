@@ -68,6 +68,19 @@ def unshare(flags):
     _check(_libc.unshare(flags))
 
 
+def ns_is_init():
+    """True if we run in the initial user namespace (its UID map is the
+    identity over the whole range).  Dies if that can't be read."""
+    from pasta import log
+
+    try:
+        with open("/proc/self/uid_map") as f:
+            fields = f.read().split()
+    except OSError as e:
+        log.die_perror(e, "Can't determine if we're in init namespace")
+    return fields == ["0", "0", "4294967295"]
+
+
 def set_pdeathsig(sig):
     """Have the kernel send ``sig`` to this process when its parent dies."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
